@@ -1,0 +1,18 @@
+export {
+  clockTicksPerSecond,
+  cpuBusyFraction,
+  type FilesystemStats,
+  filesystemStats,
+  type HostCpuTimes,
+  type HostMemory,
+  type LoadAverage,
+  type NetDevCounters,
+  type ProcOptions,
+  readHostCpuTimes,
+  readHostMemory,
+  readLoadAverage,
+  readNetDevCounters,
+  readProcessCpuSeconds,
+  readProcessRssBytes,
+  readThreadCpuSeconds,
+} from './proc.js';
