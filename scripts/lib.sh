@@ -36,8 +36,10 @@ ensure_host_tools() {
 ensure_node_deps() {
   local stamp="$HANGAR_ROOT/node_modules/.hangar-lock"
   if [ ! -f "$stamp" ] || ! cmp -s "$HANGAR_ROOT/package-lock.json" "$stamp"; then
-    log "installing npm dependencies (npm ci)"
-    (cd "$HANGAR_ROOT" && npm ci --no-audit --no-fund --loglevel=error)
+    log "installing npm dependencies"
+    # npm install (not ci): npm 11 reports lock files without other platforms' optional
+    # packages as out of sync, although it installs from them exactly.
+    (cd "$HANGAR_ROOT" && npm install --no-audit --no-fund --loglevel=error)
     cp "$HANGAR_ROOT/package-lock.json" "$stamp"
   fi
 }

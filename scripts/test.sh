@@ -12,16 +12,16 @@ bash scripts/build-guest-image.sh >/dev/null
 build_all
 
 log "type-checking tests and benchmarks"
-npx --no tsc -p tsconfig.json --noEmit
+node_modules/.bin/tsc -p tsconfig.json --noEmit
 log "linting (Biome) and checking the protos (buf)"
-npx --no biome check .
+node_modules/.bin/biome check .
 npm run --silent -w @hangar/proto lint:proto
 
 log "running tests"
 report="$(mktemp -t hangar-vitest-XXXXXX.json)"
 trap 'rm -f "$report"' EXIT
 set +e
-npx --no vitest run --reporter=default --reporter=json --outputFile.json="$report" "$@"
+node_modules/.bin/vitest run --reporter=default --reporter=json --outputFile.json="$report" "$@"
 status=$?
 set -e
 node -e '
