@@ -351,6 +351,41 @@ describe('qemu driver with real guests', () => {
     await d.forceStop('diskboot');
   });
 
+  it('reports an unexplained QEMU in the runtime folder as an orphan and never kills it', async () => {
+    const d = open(a);
+    await d.create(tinySpec('orphan'));
+    const { pid } = await d.start('orphan');
+    await d.close();
+    // Lose the manifest, as if someone deleted it by hand.
+    const { rm } = await import('node:fs/promises');
+    await rm(vmRuntimePaths(a.runtimeDir, 'orphan').manifest);
+    const again = open(a);
+    const { adopted, orphans } = await again.adopt();
+    expect(adopted).toEqual([]);
+    expect(orphans).toEqual([
+      { path: vmRuntimePaths(a.runtimeDir, 'orphan').dir, pid, reason: expect.stringContaining('vm.json') },
+    ]);
+    expect(await isProcessAlive(pid!)).toBe(true);
+    process.kill(pid!, 'SIGKILL');
+  });
+
+  it('samples vCPU time that grows while the guest runs', async () => {
+    const d = open(a);
+    await d.create(tinySpec('cpu'));
+    await boot(d, 'cpu');
+    const first = await d.sampleVm('cpu');
+    const sh = await shell(a, 'cpu');
+    try {
+      await sh.run('i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done');
+    } finally {
+      sh.close();
+    }
+    const second = await d.sampleVm('cpu');
+    expect(second.cpuSecondsTotal).toBeGreaterThan(first.cpuSecondsTotal);
+    expect(second.block.find((b) => b.device.includes('data'))?.wrBytes ?? 0).toBeGreaterThan(0);
+    await d.forceStop('cpu');
+  });
+
   it('reports a VM whose QEMU died under it as STOPPED', async () => {
     const d = open(a);
     await d.create(tinySpec('left'));

@@ -167,6 +167,17 @@ export function describeHypervisorContract(name: string, makeHarness: () => Prom
       await h.driver.forceStop(id);
     });
 
+    it('refuses live migration of a VM whose disk is not opened with cache=none', async () => {
+      const id = newId('cache');
+      const spec = h.spec(id);
+      const disks = (spec.disks ?? []).map((d) => ({ ...d, cache: 'writeback' as const }));
+      await h.driver.create({ ...spec, disks });
+      await h.driver.start(id);
+      await expectVmmError(h.driver.migrate(id, 'tcp:127.0.0.1:1'), 'MIGRATION_REFUSED', /cache=none/);
+      expect((await h.driver.get(id)).state).toBe('RUNNING');
+      await h.driver.forceStop(id);
+    });
+
     it('live-migrates a running VM to a peer: destination runs, source is gone', async () => {
       const id = newId('mig');
       await h.driver.create(h.spec(id));
@@ -223,6 +234,40 @@ export function describeHypervisorContract(name: string, makeHarness: () => Prom
       expect(without.spec.disks.map((d) => d.name)).not.toContain('extra');
       await expectVmmError(h.driver.detachDisk(id, 'extra'), 'INVALID_SPEC', /no disk/);
       await h.driver.forceStop(id);
+    });
+
+    it('hot-plugs and unplugs a NIC on a running VM', async () => {
+      const id = newId('nic');
+      await h.driver.create(h.spec(id));
+      await h.driver.start(id);
+      await h.waitReady(h.driver, id);
+      const nic = {
+        name: 'net1',
+        mac: '52:54:00:aa:bb:01',
+        backend: { type: 'user' as const },
+        model: 'virtio-net-pci' as const,
+      };
+      expect((await h.driver.attachNic(id, nic)).spec.nics.map((n) => n.name)).toEqual(['net1']);
+      await expectVmmError(h.driver.attachNic(id, nic), 'INVALID_SPEC', /already/);
+      expect((await h.driver.detachNic(id, 'net1')).spec.nics).toEqual([]);
+      await h.driver.forceStop(id);
+    });
+
+    it('samples metrics of a running VM and of the host', async () => {
+      const id = newId('metrics');
+      await h.driver.create(h.spec(id));
+      await h.driver.start(id);
+      await h.waitReady(h.driver, id);
+      const s = await h.driver.sampleVm(id);
+      expect(s.vcpuSeconds).toHaveLength(1);
+      expect(s.cpuSecondsTotal).toBeGreaterThan(0);
+      expect(s.rssBytes).toBeGreaterThan(0);
+      expect(s.block.length).toBeGreaterThanOrEqual(1);
+      const host = await h.driver.sampleHost();
+      expect(host.cpuCount).toBeGreaterThan(0);
+      expect(host.memoryTotalBytes).toBeGreaterThan(host.memoryAvailableBytes);
+      await h.driver.forceStop(id);
+      await expectVmmError(h.driver.sampleVm(id), 'INVALID_STATE');
     });
   });
 }

@@ -449,7 +449,7 @@ export class FakeDriver implements Hypervisor {
       throw new VmmError('INVALID_STATE', `VM ${id} is not running`);
     }
     // A simulated guest burns 1 % of one vCPU.
-    const cpu = vm.cpuSeconds + (Date.now() - vm.startedAt) / 100_000;
+    const cpu = vm.cpuSeconds + 0.001 + (Date.now() - vm.startedAt) / 100_000;
     const perVcpu = Array.from({ length: vm.spec.vcpus }, () => cpu / vm.spec.vcpus);
     return {
       vmId: id,
