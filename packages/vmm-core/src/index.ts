@@ -11,6 +11,7 @@ export * from './driver/qemu/argv.js';
 export * from './driver/qemu/qemu-driver.js';
 export * from './errors.js';
 export * from './metrics/index.js';
+export * from './network/index.js';
 export * as qmp from './qmp/index.js';
 export { QmpCommands, QmpMonitor } from './qmp/index.js';
 export * from './spec/vm-spec.js';

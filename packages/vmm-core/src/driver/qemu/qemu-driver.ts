@@ -12,6 +12,7 @@ import {
   readProcessRssBytes,
   readThreadCpuSeconds,
 } from '../../metrics/index.js';
+import { assertNetnsName } from '../../network/ip.js';
 import { type MigrationInfo, QmpCommands, type QmpEvent, QmpMonitor } from '../../qmp/index.js';
 import {
   type DiskSpec,
@@ -66,6 +67,11 @@ export interface QemuDriverOptions {
   accelerator?: 'auto' | 'kvm' | 'tcg';
   /** Default time a guest gets to power off after ACPI powerdown. */
   stopTimeoutMs?: number;
+  /**
+   * Launch QEMU inside this named network namespace (`ip netns exec NS qemu…`), where its tap
+   * devices live. `ip` execs QEMU, so the guest's process is still QEMU with the same argv.
+   */
+  netns?: string;
 }
 
 /** What vmm-core persists per VM in its runtime folder (`vm.json`). */
@@ -108,6 +114,7 @@ export class QemuDriver implements Hypervisor {
   constructor(private readonly options: QemuDriverOptions) {
     this.binary = options.qemuBinary ?? 'qemu-system-x86_64';
     this.pools = options.pools;
+    if (options.netns !== undefined) assertNetnsName(options.netns);
   }
 
   capabilities(): Promise<HypervisorCapabilities> {
@@ -1097,7 +1104,9 @@ export class QemuDriver implements Hypervisor {
     await appendMark(paths.serialLog);
     try {
       // -daemonize: the parent exits once the guest is set up; the guest outlives us.
-      await runCommand(argv[0]!, argv.slice(1), { timeoutMs: 60_000 });
+      const [file, ...args] =
+        this.options.netns === undefined ? argv : ['ip', 'netns', 'exec', this.options.netns, ...argv];
+      await runCommand(file!, args, { timeoutMs: 60_000 });
     } catch (err) {
       const stderr = isVmmError(err) ? String(err.details?.stderr ?? err.message) : errorMessage(err);
       throw new VmmError('QEMU_FAILED', `QEMU refused to start VM ${spec.id}: ${stderr.trim()}`, {
