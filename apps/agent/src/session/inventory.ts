@@ -12,6 +12,13 @@ export interface InventoryVm {
   drift: boolean;
 }
 
+/** Usage of one storage pool, sent with each metrics batch. */
+export interface PoolSample {
+  name: string;
+  totalBytes: number;
+  freeBytes: number;
+}
+
 /**
  * What the control-plane session needs from the rest of the agent. The runtime implements it;
  * the session only reads it, so either side can be tested alone.
@@ -19,5 +26,6 @@ export interface InventoryVm {
 export interface AgentInventory {
   snapshot(): Promise<{ vms: InventoryVm[]; orphans: OrphanInfo[] }>;
   onEvent(handler: (event: VmEvent) => void): () => void;
-  sampleMetrics(): Promise<{ host: HostSample; vms: VmSample[] }>;
+  /** One sample of the host and its running VMs; `pools` is optional (filled into HostSample.pools). */
+  sampleMetrics(): Promise<{ host: HostSample; vms: VmSample[]; pools?: PoolSample[] }>;
 }
