@@ -15,7 +15,11 @@ import { afterEach, beforeAll, describe, expect, it } from 'vitest';
 const execFileP = promisify(execFile);
 const REPO_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
 const BUILD_SCRIPT = path.join(REPO_ROOT, 'scripts/build-guest-image.sh');
-const TOOL_ENV = { ...process.env, PATH: `${process.env.PATH ?? ''}:/usr/sbin:/sbin`, MTOOLS_SKIP_CHECK: '1' };
+const TOOL_ENV = {
+  ...process.env,
+  PATH: `${process.env.PATH ?? ''}:/usr/sbin:/sbin`,
+  MTOOLS_SKIP_CHECK: '1',
+};
 // Every temp folder and QEMU process of this file carries this tag (+ the owning pid) so that a later
 // run can sweep what a killed run left behind, and nothing else.
 const TAG = 'hangar-test-guestimg';
@@ -276,7 +280,9 @@ class MiniQmp {
   }
 
   async execute(command: string, args?: Record<string, unknown>): Promise<unknown> {
-    this.sock.write(`${JSON.stringify(args ? { execute: command, arguments: args } : { execute: command })}\n`);
+    this.sock.write(
+      `${JSON.stringify(args ? { execute: command, arguments: args } : { execute: command })}\n`,
+    );
     const reply = await this.next(10_000);
     if (reply.error) throw new Error(`QMP ${command}: ${JSON.stringify(reply.error)}`);
     return reply.return;
@@ -318,13 +324,17 @@ class GuestShell {
         this.out = this.out.slice((m.index ?? 0) + m[0].length);
         return { output: m[1] ?? '', status: Number(m[2]) };
       }
-      if (Date.now() > deadline) throw new Error(`shell: no answer to ${command}; got ${JSON.stringify(this.out)}`);
+      if (Date.now() > deadline)
+        throw new Error(`shell: no answer to ${command}; got ${JSON.stringify(this.out)}`);
       await sleep(25);
     }
   }
 }
 
-async function powerdownAndWaitExit(guest: Guest, qmp: MiniQmp): Promise<{ ms: number; code: number | null }> {
+async function powerdownAndWaitExit(
+  guest: Guest,
+  qmp: MiniQmp,
+): Promise<{ ms: number; code: number | null }> {
   const t0 = Date.now();
   await qmp.execute('system_powerdown');
   const code = await Promise.race([guest.exited, sleep(10_000).then(() => 'timeout' as const)]);
