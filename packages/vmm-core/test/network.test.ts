@@ -358,6 +358,11 @@ describe('guests on two hosts', () => {
     expect(ab).toMatch(/3 packets transmitted, [1-3] packets received/);
     const ba = await shB.run(`ping -c 3 -W 2 ${a.addr}`, 30_000);
     expect(ba).toMatch(/3 packets transmitted, [1-3] packets received/);
+    // NIC counters are read in the guest's namespace: the pings show up as guest tx and rx.
+    const sample = await a.driver.sampleVm(a.vmId);
+    expect(sample.nics).toHaveLength(1);
+    expect(sample.nics[0]!.txPackets).toBeGreaterThanOrEqual(3);
+    expect(sample.nics[0]!.rxPackets).toBeGreaterThanOrEqual(1);
 
     // The path really is the veth between the bridges: cut it and the guests are apart.
     await deleteLink('hgv-a', { netns: nsA });

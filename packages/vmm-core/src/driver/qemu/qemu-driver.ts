@@ -873,7 +873,12 @@ export class QemuDriver implements Hypervisor {
     const nics: VmSample['nics'] = [];
     for (const nic of manifest.spec.nics) {
       if (nic.backend.type !== 'tap') continue;
-      const c = await readNetDevCounters(nic.backend.ifname).catch(() => undefined);
+      // A tap inside the VM's network namespace is invisible in our /sys; QEMU's own
+      // /proc/<pid>/net/dev shows the devices of the namespace it runs in.
+      const c =
+        this.options.netns === undefined
+          ? await readNetDevCounters(nic.backend.ifname).catch(() => undefined)
+          : await readNetDevOfProcess(att.pid, nic.backend.ifname);
       if (c) {
         nics.push({
           name: nic.name,
@@ -1277,6 +1282,26 @@ function progressFrom(info: MigrationInfo, elapsedMs: number): MigrationProgress
     percent,
     elapsedMs,
   };
+}
+
+/** Counters of one interface from /proc/<pid>/net/dev (the process's network namespace). */
+async function readNetDevOfProcess(
+  pid: number,
+  ifname: string,
+): Promise<{ rxBytes: number; rxPackets: number; txBytes: number; txPackets: number } | undefined> {
+  let text: string;
+  try {
+    text = await readFile(`/proc/${pid}/net/dev`, 'utf8');
+  } catch {
+    return undefined;
+  }
+  for (const line of text.split('\n')) {
+    const [name, rest] = line.split(':');
+    if (name?.trim() !== ifname || rest === undefined) continue;
+    const f = rest.trim().split(/\s+/).map(Number);
+    return { rxBytes: f[0] ?? 0, rxPackets: f[1] ?? 0, txBytes: f[8] ?? 0, txPackets: f[9] ?? 0 };
+  }
+  return undefined;
 }
 
 function activeDiskFile(manifest: VmManifest, disk: DiskSpec): string {
