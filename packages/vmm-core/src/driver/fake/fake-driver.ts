@@ -27,6 +27,7 @@ import type {
   VmInfo,
   VmSample,
 } from '../hypervisor.js';
+import { assertMigratable, assertSpecFitsHost } from '../spec-checks.js';
 
 interface FakeVm {
   spec: VmSpec;
@@ -134,7 +135,7 @@ export class FakeDriver implements Hypervisor {
   async create(input: VmSpecInput): Promise<VmInfo> {
     const spec = parseVmSpec(input);
     return this.locks.run(spec.id, async () => {
-      await this.assertSpecUsable(spec);
+      assertSpecFitsHost(spec, this.options.runtimeDir, this.pools, await this.capabilities());
       if (this.host.vms.has(spec.id))
         throw new VmmError('VM_EXISTS', `VM ${spec.id} already exists on this host`);
       await this.delay();
@@ -210,9 +211,9 @@ export class FakeDriver implements Hypervisor {
     options: PrepareIncomingOptions,
   ): Promise<{ uri: string; vm: VmInfo }> {
     const spec = parseVmSpec(input);
-    this.assertMigratable(spec);
+    assertMigratable(spec, this.pools);
     return this.locks.run(spec.id, async () => {
-      await this.assertSpecUsable(spec);
+      assertSpecFitsHost(spec, this.options.runtimeDir, this.pools, await this.capabilities());
       if (this.host.vms.has(spec.id))
         throw new VmmError('VM_EXISTS', `VM ${spec.id} already exists on this host`);
       const vm = newVm(spec);
@@ -234,7 +235,7 @@ export class FakeDriver implements Hypervisor {
   ): Promise<MigrationResult> {
     return this.locks.run(id, async () => {
       const vm = this.vm(id);
-      this.assertMigratable(vm.spec);
+      assertMigratable(vm.spec, this.pools);
       assertActionAllowed('migrate', vm.state, id);
       if (vm.state === 'STOPPED')
         throw new VmmError('INVALID_STATE', `VM ${id} is not running`, { details: { state: 'STOPPED' } });
@@ -538,54 +539,6 @@ export class FakeDriver implements Hypervisor {
     vm.state = 'STOPPED';
     vm.pid = undefined;
     return reason;
-  }
-
-  private async assertSpecUsable(spec: VmSpec): Promise<void> {
-    vmRuntimePaths(this.options.runtimeDir, spec.id);
-    for (const d of spec.disks) {
-      resolvePoolPath(this.pools, d.file);
-      if (d.backing) resolvePoolPath(this.pools, d.backing);
-    }
-    if (spec.boot.type === 'kernel') {
-      resolvePoolPath(this.pools, spec.boot.kernel);
-      if (spec.boot.initrd) resolvePoolPath(this.pools, spec.boot.initrd);
-    }
-    const caps = await this.capabilities();
-    if (!caps.cpuModels.includes(spec.cpuModel)) {
-      throw new VmmError(
-        'INVALID_SPEC',
-        `CPU model ${spec.cpuModel} is not known to QEMU ${caps.qemuVersion} here`,
-      );
-    }
-    if (!caps.machineTypes.includes(spec.machineType)) {
-      throw new VmmError(
-        'INVALID_SPEC',
-        `machine type ${spec.machineType} is not known to QEMU ${caps.qemuVersion}`,
-      );
-    }
-  }
-
-  private assertMigratable(spec: VmSpec): void {
-    for (const disk of spec.disks) {
-      if (!this.pools[disk.file.pool]?.shared) {
-        throw new VmmError(
-          'MIGRATION_REFUSED',
-          `disk ${disk.name} is on pool "${disk.file.pool}", which is not shared storage`,
-          {
-            details: { disk: disk.name, reason: 'DISK_NOT_SHARED' },
-          },
-        );
-      }
-      if (disk.cache !== 'none') {
-        throw new VmmError(
-          'MIGRATION_REFUSED',
-          `disk ${disk.name} uses cache=${disk.cache}; live migration needs cache=none`,
-          {
-            details: { disk: disk.name, reason: 'DISK_CACHE_NOT_NONE' },
-          },
-        );
-      }
-    }
   }
 
   private async delay(): Promise<void> {

@@ -57,6 +57,7 @@ import type {
   VmInfo,
   VmSample,
 } from '../hypervisor.js';
+import { assertMigratable, assertSpecFitsHost } from '../spec-checks.js';
 import { buildQemuArgv, diskBackendObjects, nicBackendObjects } from './argv.js';
 
 export interface QemuDriverOptions {
@@ -153,7 +154,11 @@ export class QemuDriver implements Hypervisor {
   async create(input: VmSpecInput): Promise<VmInfo> {
     const spec = parseVmSpec(input);
     return this.locks.run(spec.id, async () => {
-      await this.assertSpecUsable(spec);
+      const boot = assertSpecFitsHost(spec, this.options.runtimeDir, this.pools, await this.capabilities());
+      for (const file of [boot.kernel, boot.initrd]) {
+        if (file !== undefined && !(await exists(file)))
+          throw new VmmError('INVALID_SPEC', `${file} does not exist`);
+      }
       const paths = vmRuntimePaths(this.options.runtimeDir, spec.id);
       if (await exists(paths.manifest)) {
         throw new VmmError('VM_EXISTS', `VM ${spec.id} already exists on this host`, {
@@ -333,9 +338,13 @@ export class QemuDriver implements Hypervisor {
     options: PrepareIncomingOptions,
   ): Promise<{ uri: string; vm: VmInfo }> {
     const spec = parseVmSpec(input);
-    this.assertMigratable(spec);
+    assertMigratable(spec, this.pools);
     return this.locks.run(spec.id, async () => {
-      await this.assertSpecUsable(spec);
+      const boot = assertSpecFitsHost(spec, this.options.runtimeDir, this.pools, await this.capabilities());
+      for (const file of [boot.kernel, boot.initrd]) {
+        if (file !== undefined && !(await exists(file)))
+          throw new VmmError('INVALID_SPEC', `${file} does not exist`);
+      }
       const paths = vmRuntimePaths(this.options.runtimeDir, spec.id);
       if (await exists(paths.manifest)) {
         throw new VmmError('VM_EXISTS', `VM ${spec.id} already exists on this host`, {
@@ -394,7 +403,7 @@ export class QemuDriver implements Hypervisor {
     }
     return this.locks.run(id, async () => {
       const manifest = await this.readManifest(id);
-      this.assertMigratable(manifest.spec);
+      assertMigratable(manifest.spec, this.pools);
       await this.requireAction(id, 'migrate');
       const att = await this.requireAttached(id);
       await att.qmp.migrateSetCapabilities({ events: true, 'auto-converge': options.autoConverge ?? true });
@@ -1176,58 +1185,6 @@ export class QemuDriver implements Hypervisor {
       ...(spec.cloudInit.userData !== undefined ? { userData: spec.cloudInit.userData } : {}),
       ...(spec.cloudInit.networkConfig !== undefined ? { networkConfig: spec.cloudInit.networkConfig } : {}),
     });
-  }
-
-  private async assertSpecUsable(spec: VmSpec): Promise<void> {
-    // Resolving every reference up front turns unknown pools and path tricks into INVALID_SPEC /
-    // PATH_ESCAPE before anything is written.
-    vmRuntimePaths(this.options.runtimeDir, spec.id);
-    for (const d of spec.disks) {
-      resolvePoolPath(this.pools, d.file);
-      if (d.backing) resolvePoolPath(this.pools, d.backing);
-    }
-    if (spec.boot.type === 'kernel') {
-      const kernel = resolvePoolPath(this.pools, spec.boot.kernel);
-      if (!(await exists(kernel))) throw new VmmError('INVALID_SPEC', `kernel ${kernel} does not exist`);
-      if (spec.boot.initrd) {
-        const initrd = resolvePoolPath(this.pools, spec.boot.initrd);
-        if (!(await exists(initrd))) throw new VmmError('INVALID_SPEC', `initrd ${initrd} does not exist`);
-      }
-    }
-    const caps = await this.capabilities();
-    if (!caps.cpuModels.includes(spec.cpuModel)) {
-      throw new VmmError(
-        'INVALID_SPEC',
-        `CPU model ${spec.cpuModel} is not known to QEMU ${caps.qemuVersion} here`,
-      );
-    }
-    if (!caps.machineTypes.includes(spec.machineType)) {
-      throw new VmmError(
-        'INVALID_SPEC',
-        `machine type ${spec.machineType} is not known to QEMU ${caps.qemuVersion}`,
-      );
-    }
-  }
-
-  /** Live migration over shared storage needs every disk on a shared pool and opened with cache=none. */
-  private assertMigratable(spec: VmSpec): void {
-    for (const disk of spec.disks) {
-      const pool = this.pools[disk.file.pool];
-      if (!pool?.shared) {
-        throw new VmmError(
-          'MIGRATION_REFUSED',
-          `disk ${disk.name} is on pool "${disk.file.pool}", which is not shared storage; live migration needs every disk on a shared pool`,
-          { details: { disk: disk.name, pool: disk.file.pool, reason: 'DISK_NOT_SHARED' } },
-        );
-      }
-      if (disk.cache !== 'none') {
-        throw new VmmError(
-          'MIGRATION_REFUSED',
-          `disk ${disk.name} uses cache=${disk.cache}; live migration over shared storage needs cache=none`,
-          { details: { disk: disk.name, cache: disk.cache, reason: 'DISK_CACHE_NOT_NONE' } },
-        );
-      }
-    }
   }
 
   private async knownIds(): Promise<string[]> {
