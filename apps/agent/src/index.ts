@@ -54,3 +54,15 @@ export {
   type VmRuntimeOptions,
 } from './runtime/vm-runtime.js';
 export type { AgentInventory, InventoryVm } from './session/inventory.js';
+export {
+  SIMULATED_HOST_LABELS,
+  SimulatedAgent,
+  type SimulatedAgentOptions,
+} from './sim/simulated-agent.js';
+export {
+  type AgentSelector,
+  AgentSimulator,
+  type SimulatorOptions,
+  type SimulatorSummary,
+  type SimulatorTls,
+} from './sim/simulator.js';

@@ -2,6 +2,7 @@
 import { Agent, controlSessionFactory } from './agent.js';
 import { type AgentConfig, loadAgentConfig } from './config/agent-config.js';
 import { createLogger } from './log.js';
+import { wantsSimulation } from './sim/flags.js';
 
 /** Exit codes: 0 stopped on a signal, 1 failed while running, 2 bad configuration. */
 const EXIT_FAILURE = 1;
@@ -10,12 +11,19 @@ const EXIT_BAD_CONFIG = 2;
 /**
  * `hangar-agent`: loads the configuration once (file, env, flags), starts the agent and stops it
  * on SIGTERM/SIGINT. Stopping never touches guests: they keep running and the next agent
- * re-adopts them.
+ * re-adopts them. `hangar-agent --simulate N …` runs N simulated agents instead (src/sim).
  */
 async function main(): Promise<void> {
+  const argv = process.argv.slice(2);
+  if (wantsSimulation(argv)) {
+    // Loaded only when asked for: a production agent never pulls in the simulator.
+    const { runSimulatorCli } = await import('./sim/main.js');
+    await runSimulatorCli(argv);
+    return;
+  }
   let config: AgentConfig;
   try {
-    config = loadAgentConfig();
+    config = loadAgentConfig(argv);
   } catch (err) {
     process.stderr.write(`hangar-agent: ${err instanceof Error ? err.message : String(err)}\n`);
     process.exit(EXIT_BAD_CONFIG);
