@@ -445,8 +445,14 @@ export class QemuDriver implements Hypervisor {
     let lastImprovement = Date.now();
     let cancelReason: string | undefined;
     for (;;) {
-      const info = await att.qmp.queryMigrate();
+      let info = await att.qmp.queryMigrate();
       const elapsed = Date.now() - started;
+      // QEMU 7.2 can report `completed` a moment before it has filled in total-time and
+      // downtime: ask again briefly rather than report zeros.
+      for (let i = 0; info.status === 'completed' && !info.totalTimeMs && i < 50; i++) {
+        await sleep(10);
+        info = await att.qmp.queryMigrate();
+      }
       if (info.status === 'completed') {
         const transferred = info.ram?.transferred ?? 0;
         onProgress?.(progressFrom(info, elapsed));
