@@ -6,6 +6,7 @@ import { PrismaModule } from './infra/prisma/prisma.module.js';
 import { ApiKeysModule } from './modules/api-keys/api-keys.module.js';
 import { AuthModule } from './modules/auth/auth.module.js';
 import { ConductorModule } from './modules/conductor/conductor.module.js';
+import { EventsModule } from './modules/events/events.module.js';
 import { FlavorsModule } from './modules/flavors/flavors.module.js';
 import { HostsModule } from './modules/hosts/hosts.module.js';
 import { ImagesModule } from './modules/images/images.module.js';
@@ -27,6 +28,7 @@ export const API_MODULES: readonly ModuleImport[] = [
   ImagesModule,
   HostsModule,
   VmsApiModule,
+  EventsModule,
   OpenApiModule,
 ];
 

@@ -1,3 +1,4 @@
+import { isDeepStrictEqual } from 'node:util';
 import {
   type DiskSpecInput,
   type HostSample,
@@ -20,6 +21,8 @@ import {
   type VmInfo,
   VmmError,
   type VmSample,
+  type VmSize,
+  type VmSpec,
   type VmSpecInput,
   type VmState,
 } from '@hangar/vmm-core';
@@ -241,9 +244,16 @@ export class VmRuntime implements AgentInventory {
 
   // ---- lifecycle ----------------------------------------------------------------------------
 
+  /**
+   * Creates a VM (STOPPED). For a VM this host already has, a spec that differs from its
+   * definition only in vCPUs and memory resizes it (vmm-core `resize`: STOPPED only, the next
+   * start uses the new size; disks, seed, taps and console log stay) — the api's resize sends
+   * the host's own spec with the new size. Any other spec for an existing VM is VM_EXISTS.
+   */
   async createVm(input: VmSpecInput, ctx: CallContext): Promise<VmInfo> {
     const vmId = assertVmId(input.id);
     let taps: VmRecord['taps'] = {};
+    let resized = false;
     return this.mutate({
       vmId,
       method: 'createVm',
@@ -251,7 +261,13 @@ export class VmRuntime implements AgentInventory {
       ctx,
       run: async () => {
         const checked = this.checkedSpec(input);
-        await this.assertAbsent(vmId);
+        const existing = await this.existing(vmId);
+        const size = existing ? sizeChangeOnly(existing.spec, checked) : undefined;
+        if (size) {
+          resized = true;
+          return this.hypervisor.resize(vmId, size);
+        }
+        if (existing) throw vmExists(vmId);
         const wired = await this.wireNics(vmId, checked);
         taps = wired.taps;
         try {
@@ -262,6 +278,8 @@ export class VmRuntime implements AgentInventory {
         }
       },
       after: (_vm, record) => {
+        // A resize changes the definition only: the desired state and taps stay as they are.
+        if (resized) return;
         setDesired(record, 'STOPPED');
         record.taps = taps;
       },
@@ -827,17 +845,22 @@ export class VmRuntime implements AgentInventory {
   }
 
   /**
-   * VM_EXISTS before any tap is made: cleaning up after a failed create removes the VM's taps,
-   * which must never hit a VM that already runs here. Safe from races: callers hold the VM's lock.
+   * The VM if this host has it. Checked before any tap is made: cleaning up after a failed create
+   * removes the VM's taps, which must never hit a VM that already runs here. Safe from races:
+   * callers hold the VM's lock.
    */
-  private async assertAbsent(vmId: string): Promise<void> {
+  private async existing(vmId: string): Promise<VmInfo | undefined> {
     try {
-      await this.hypervisor.get(vmId);
+      return await this.hypervisor.get(vmId);
     } catch (err) {
-      if (isVmmError(err, 'VM_NOT_FOUND')) return;
+      if (isVmmError(err, 'VM_NOT_FOUND')) return undefined;
       throw err;
     }
-    throw new VmmError('VM_EXISTS', `VM ${vmId} already exists on this host`, { details: { id: vmId } });
+  }
+
+  /** VM_EXISTS when this host has the VM (see {@link existing}). */
+  private async assertAbsent(vmId: string): Promise<void> {
+    if (await this.existing(vmId)) throw vmExists(vmId);
   }
 
   /** Creates a tap on the host bridge for every NIC that asks for one (empty ifname). */
@@ -906,6 +929,37 @@ export class VmRuntime implements AgentInventory {
     }
     return known.path;
   }
+}
+
+function vmExists(vmId: string): VmmError {
+  return new VmmError('VM_EXISTS', `VM ${vmId} already exists on this host`, { details: { id: vmId } });
+}
+
+/**
+ * The new size when `requested` is `current` with other vCPUs and/or memory and nothing else
+ * changed (tap NICs asking for a new tap — empty ifname — match the tap they already have);
+ * undefined otherwise, also when nothing changed at all.
+ */
+export function sizeChangeOnly(current: VmSpec, requested: VmSpecInput): VmSize | undefined {
+  let wanted: VmSpec;
+  try {
+    wanted = parseVmSpec({
+      ...requested,
+      nics: (requested.nics ?? []).map((nic) => {
+        const had = current.nics.find((n) => n.name === nic.name);
+        return nic.backend.type === 'tap' && nic.backend.ifname === '' && had?.backend.type === 'tap'
+          ? { ...nic, backend: had.backend }
+          : nic;
+      }),
+    });
+  } catch {
+    return undefined;
+  }
+  if (wanted.vcpus === current.vcpus && wanted.memoryMiB === current.memoryMiB) return undefined;
+  // JSON round trips drop undefined members, which the stored definition never has.
+  const rest = (spec: VmSpec): unknown => JSON.parse(JSON.stringify({ ...spec, vcpus: 0, memoryMiB: 0 }));
+  if (!isDeepStrictEqual(rest(wanted), rest(current))) return undefined;
+  return { vcpus: wanted.vcpus, memoryMiB: wanted.memoryMiB };
 }
 
 function setDesired(record: VmRecord, state: VmState): void {

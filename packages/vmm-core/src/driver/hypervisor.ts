@@ -146,6 +146,12 @@ export interface HostSample {
   load15: number;
 }
 
+/** The size of a VM, as {@link Hypervisor.resize} changes it. */
+export interface VmSize {
+  vcpus: number;
+  memoryMiB: number;
+}
+
 /**
  * A hypervisor driver. `qemu` runs real guests; `fake` keeps VMs in memory for scale tests of
  * the layers above and passes the same contract tests. Every method that changes a VM validates
@@ -164,6 +170,12 @@ export interface Hypervisor {
   reboot(id: string): Promise<VmInfo>;
   pause(id: string): Promise<VmInfo>;
   resume(id: string): Promise<VmInfo>;
+  /**
+   * Changes the vCPUs and memory of a STOPPED VM's definition; its next start uses them. Disks,
+   * seed, snapshots and console log are kept (INVALID_STATE unless STOPPED, INVALID_SPEC when the
+   * size is out of range).
+   */
+  resize(id: string, size: VmSize): Promise<VmInfo>;
   /** Removes the runtime folder and every file vmm-core created for the VM. The VM must be stopped. */
   delete(id: string): Promise<void>;
   get(id: string): Promise<VmInfo>;

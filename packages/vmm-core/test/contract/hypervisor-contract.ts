@@ -103,6 +103,19 @@ export function describeHypervisorContract(name: string, makeHarness: () => Prom
       await h.driver.forceStop(id);
     });
 
+    it('resizes a stopped VM and refuses to resize a running one', async () => {
+      const id = newId('resize');
+      await h.driver.create(h.spec(id));
+      const resized = await h.driver.resize(id, { vcpus: 2, memoryMiB: 384 });
+      expect([resized.spec.vcpus, resized.spec.memoryMiB]).toEqual([2, 384]);
+      await expectVmmError(h.driver.resize(id, { vcpus: 0, memoryMiB: 384 }), 'INVALID_SPEC');
+      const started = await h.driver.start(id);
+      expect([started.spec.vcpus, started.spec.memoryMiB]).toEqual([2, 384]);
+      expect((await h.driver.sampleVm(id)).vcpuSeconds).toHaveLength(2);
+      await expectVmmError(h.driver.resize(id, { vcpus: 1, memoryMiB: 256 }), 'INVALID_STATE', /RUNNING/);
+      await h.driver.forceStop(id);
+    });
+
     it('answers VM_NOT_FOUND for unknown VMs and VM_EXISTS for a second create', async () => {
       await expectVmmError(h.driver.get('no-such-vm'), 'VM_NOT_FOUND');
       await expectVmmError(h.driver.start('no-such-vm'), 'VM_NOT_FOUND');

@@ -9,6 +9,7 @@ import { type ControlPlaneSettings, InjectControlPlaneSettings } from './control
 import { createVmStep } from './steps/create-vm.step.js';
 import { deleteVmStep } from './steps/delete-vm.step.js';
 import { powerActionStep } from './steps/power-action.step.js';
+import { resizeVmStep } from './steps/resize-vm.step.js';
 import { type OperationStep, type StepContext, StepFailure } from './steps/step-context.js';
 
 /** The steps of every operation kind the conductor runs. */
@@ -20,6 +21,7 @@ const STEPS: Readonly<Record<string, OperationStep>> = {
   pause: powerActionStep('pause'),
   resume: powerActionStep('resume'),
   delete: deleteVmStep,
+  resize: resizeVmStep,
 };
 
 /** Where a job's run stands for the retry decision (BullMQ's counters). */

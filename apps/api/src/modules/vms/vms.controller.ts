@@ -13,6 +13,7 @@ import { type IdParams, IdParamsSchema } from '../../common/http/schemas.js';
 import type { Page } from '../../common/pagination/pagination.js';
 import { VersionConflictError } from '../../infra/prisma/vm-version.js';
 import { type OperationDto, OperationSchema, toOperationDto } from '../operations/operation.schemas.js';
+import { type ResizeVmBody, ResizeVmBodySchema } from './usecases/resize-vm.schemas.js';
 import {
   type ConsoleQuery,
   ConsoleQuerySchema,
@@ -206,6 +207,31 @@ export class VmsController {
   @Endpoint({ ...actionEndpoint('resume', 'Resume a PAUSED VM') })
   resume(@Ctx() ctx: RequestContext, @ValidParams() params: IdParams): Promise<HttpResult<OperationDto>> {
     return this.action(ctx, params.id, 'resume');
+  }
+
+  @Endpoint({
+    method: 'POST',
+    path: ':id/resize',
+    operationId: 'resizeVm',
+    summary: 'Resize a STOPPED VM to another flavor',
+    description:
+      "Gives the VM the flavor's vCPUs and memory (its disk keeps its size) on the host it is on: " +
+      "the project's quota and the host's room are checked at once (a resize never moves a VM). " +
+      'The new size applies at the next start.',
+    params: IdParamsSchema,
+    body: ResizeVmBodySchema,
+    status: 202,
+    response: OperationSchema,
+    headers: ['Location'],
+    errors: [...ACTION_ERRORS, 'FLAVOR_NOT_FOUND', 'CONFLICT', 'QUOTA_EXCEEDED', 'NO_VALID_HOST'],
+  })
+  async resize(
+    @Ctx() ctx: RequestContext,
+    @ValidParams() params: IdParams,
+    @ValidBody() body: ResizeVmBody,
+  ): Promise<HttpResult<OperationDto>> {
+    const { operation } = await this.vms.resize(params.id, body.flavor, scopeOf(ctx));
+    return accepted(toOperationDto(operation), operation.id);
   }
 
   @Endpoint({

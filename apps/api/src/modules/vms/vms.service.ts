@@ -9,6 +9,7 @@ import { PrismaService } from '../../infra/prisma/prisma.service.js';
 import { updateVm, VersionConflictError, VmNotFoundError } from '../../infra/prisma/vm-version.js';
 import { OperationQueue } from '../../infra/queue/operation-queue.js';
 import type { VmOperationKind } from '../operations/operation.types.js';
+import { requestResize } from './usecases/resize-vm.js';
 import {
   agentFailed,
   flavorNotFound,
@@ -235,6 +236,16 @@ export class VmsService {
     const stateAction: VmAction = action === 'stop' && scope.force ? 'forceStop' : action;
     const params = action === 'stop' ? { force: scope.force === true } : {};
     return this.startOperation(vmId, action, stateAction, POWER_ACTIONS[action].desired, params, scope);
+  }
+
+  /**
+   * Requests a resize of a STOPPED VM to another flavor (see {@link requestResize}: quota and the
+   * host's room are checked now and claimed by the conductor's `resize` step).
+   */
+  async resize(vmId: string, flavor: string, scope: VmScope): Promise<AcceptedVmOperation> {
+    const accepted = await requestResize(this.prisma, { vmId, flavor, projectId: scope.projectId });
+    await this.enqueue(accepted.operation);
+    return accepted;
   }
 
   /**

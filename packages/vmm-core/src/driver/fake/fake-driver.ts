@@ -26,6 +26,7 @@ import type {
   VmEvent,
   VmInfo,
   VmSample,
+  VmSize,
 } from '../hypervisor.js';
 import { assertMigratable, assertSpecFitsHost } from '../spec-checks.js';
 
@@ -177,6 +178,18 @@ export class FakeDriver implements Hypervisor {
     return this.transition(id, 'resume', (vm) => {
       vm.state = 'RUNNING';
       return 'resume';
+    });
+  }
+
+  async resize(id: string, size: VmSize): Promise<VmInfo> {
+    return this.locks.run(id, async () => {
+      const vm = this.vm(id);
+      assertActionAllowed('resize', vm.state, id);
+      const spec = parseVmSpec({ ...vm.spec, vcpus: size.vcpus, memoryMiB: size.memoryMiB });
+      assertSpecFitsHost(spec, this.options.runtimeDir, this.pools, await this.capabilities());
+      await this.delay();
+      vm.spec = spec;
+      return this.info(id);
     });
   }
 

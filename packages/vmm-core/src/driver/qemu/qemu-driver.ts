@@ -56,6 +56,7 @@ import type {
   VmEvent,
   VmInfo,
   VmSample,
+  VmSize,
 } from '../hypervisor.js';
 import { assertMigratable, assertSpecFitsHost } from '../spec-checks.js';
 import { buildQemuArgv, diskBackendObjects, nicBackendObjects } from './argv.js';
@@ -237,6 +238,19 @@ export class QemuDriver implements Hypervisor {
     return this.locks.run(id, async () => {
       await this.requireAction(id, 'resume');
       await (await this.requireAttached(id)).qmp.cont();
+      return this.info(id);
+    });
+  }
+
+  async resize(id: string, size: VmSize): Promise<VmInfo> {
+    return this.locks.run(id, async () => {
+      const manifest = await this.readManifest(id);
+      await this.requireAction(id, 'resize');
+      // Only the definition changes: QEMU reads -smp/-m from it at the next launch, and the
+      // manifest is replaced by rename, so a crash leaves either the old size or the new one.
+      const spec = parseVmSpec({ ...manifest.spec, vcpus: size.vcpus, memoryMiB: size.memoryMiB });
+      assertSpecFitsHost(spec, this.options.runtimeDir, this.pools, await this.capabilities());
+      await this.writeManifest(vmRuntimePaths(this.options.runtimeDir, id), { ...manifest, spec });
       return this.info(id);
     });
   }
