@@ -1,7 +1,16 @@
 import type { Operation, OperationStatus } from '../../gen/prisma/client.js';
 
 /** The VM operations the conductor runs (one job per operation). */
-export const VM_OPERATION_KINDS = ['create', 'start', 'stop', 'reboot', 'pause', 'resume', 'delete', 'resize'] as const;
+export const VM_OPERATION_KINDS = [
+  'create',
+  'start',
+  'stop',
+  'reboot',
+  'pause',
+  'resume',
+  'delete',
+  'resize',
+] as const;
 /** A kind of VM operation. */
 export type VmOperationKind = (typeof VM_OPERATION_KINDS)[number];
 
