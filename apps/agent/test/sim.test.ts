@@ -327,6 +327,82 @@ describe('simulation mode: N agents in one process', () => {
   });
 });
 
+/**
+ * The api's join tokens are single-use: a fleet that joins it needs one token per agent, and each
+ * agent must keep presenting its own on every re-Register.
+ */
+describe('simulation mode with one join token per agent', () => {
+  let dir: string;
+  let gw: TestGateway | undefined;
+  let sim: AgentSimulator | undefined;
+
+  afterEach(async () => {
+    await sim?.stop();
+    sim = undefined;
+    await gw?.close();
+    gw = undefined;
+    if (dir) await rm(dir, { recursive: true, force: true });
+  });
+
+  it('gives the k-th agent the k-th token, and it presents that token again when it re-registers', async () => {
+    dir = await makeOwnedTempDir('sim-tokens');
+    gw = await TestGateway.start();
+    const tokens = ['hgj_token-a', 'hgj_token-b', 'hgj_token-c', 'hgj_token-d'];
+    sim = new AgentSimulator();
+    await sim.start({
+      count: 4,
+      firstIndex: 10,
+      controlPlane: gw.address,
+      stateDir: path.join(dir, 'fleet'),
+      joinTokens: tokens,
+      heartbeatIntervalMs: HEARTBEAT_MS,
+      reconnect: { initialDelayMs: 50, maxDelayMs: 500 },
+      logger: new LogCapture('warn').logger,
+    });
+    await sim.whenConnected(20_000);
+    const tokenOf = () =>
+      Object.fromEntries(gw!.registers.map((r) => [r.request.host?.hostname, r.request.joinToken]));
+    expect(gw.registers).toHaveLength(4);
+    expect(tokenOf()).toEqual({
+      'sim-10': 'hgj_token-a',
+      'sim-11': 'hgj_token-b',
+      'sim-12': 'hgj_token-c',
+      'sim-13': 'hgj_token-d',
+    });
+
+    await sim.silence(['sim-12']);
+    await sim.resume(['sim-12']);
+    await sim.whenConnected(10_000);
+    const again = gw.registers.slice(4);
+    expect(again.map((r) => [r.request.host?.hostname, r.request.joinToken])).toEqual([
+      ['sim-12', 'hgj_token-c'],
+    ]);
+    expect(again[0]?.request.hostId).toBe(sim.agent('sim-12').hostId);
+  });
+
+  it('refuses a token list that does not match the fleet, or one given with a shared token', async () => {
+    dir = await makeOwnedTempDir('sim-tokens-bad');
+    const base: SimulatorOptions = {
+      count: 3,
+      controlPlane: '127.0.0.1:1',
+      stateDir: path.join(dir, 'fleet'),
+      logger: new LogCapture('warn').logger,
+    };
+    sim = new AgentSimulator();
+    await expect(sim.start({ ...base, joinTokens: ['hgj_a', 'hgj_b'] })).rejects.toThrow(
+      /one token per agent: 2 tokens for 3 agents/,
+    );
+    await expect(
+      sim.start({ ...base, joinToken: 'hgj_shared', joinTokens: ['hgj_a', 'hgj_b', 'hgj_c'] }),
+    ).rejects.toThrow(/not both/);
+    // An empty token is refused by the agent configuration's own rules, naming the agent.
+    await expect(sim.start({ ...base, joinTokens: ['hgj_a', '', 'hgj_c'] })).rejects.toThrow(
+      /invalid simulated agent configuration for sim-1: joinToken/,
+    );
+    expect(sim.agents).toHaveLength(0);
+  });
+});
+
 describe('simulation mode with per-host certificates', () => {
   let dir: string;
   let gw: TestGateway | undefined;
@@ -407,6 +483,44 @@ describe('simulation mode as a process', () => {
     process.kill(proc.child.pid!, 'SIGTERM');
     expect(await proc.exit).toBe(0);
     expect(gw.cleanEnds).toBe(3);
+  });
+
+  it('`--sim-join-tokens FILE` gives each agent its own token; a count mismatch is exit code 2', async () => {
+    dir = await makeOwnedTempDir('sim-cli-tokens');
+    gw = await TestGateway.start();
+    const tokensFile = path.join(dir, 'tokens.txt');
+    await writeFile(tokensFile, 'hgj_first\n\n  hgj_second  \n');
+    const common = [
+      '--control-plane',
+      gw.address,
+      '--listen',
+      '127.0.0.1:0',
+      '--state-dir',
+      path.join(dir, 'state'),
+      '--runtime-dir',
+      path.join(dir, 'run'),
+      '--pools',
+      JSON.stringify({ local: { path: path.join(dir, 'pool') } }),
+      '--insecure-loopback',
+      'true',
+      '--heartbeat-interval-ms',
+      String(HEARTBEAT_MS),
+    ];
+    await mkdir(path.join(dir, 'pool'));
+    const proc = spawnNode([agentMainJs, '--simulate', '2', '--sim-join-tokens', tokensFile, ...common]);
+    child = proc.child;
+    await gw.waitFor(() => (gw!.openSessions === 2 ? true : undefined), '2 sessions', 20_000);
+    expect(gw.registers.map((r) => [r.request.host?.hostname, r.request.joinToken]).sort()).toEqual([
+      ['sim-0', 'hgj_first'],
+      ['sim-1', 'hgj_second'],
+    ]);
+    process.kill(proc.child.pid!, 'SIGTERM');
+    expect(await proc.exit).toBe(0);
+
+    const bad = spawnNode([agentMainJs, '--simulate', '3', '--sim-join-tokens', tokensFile, ...common]);
+    child = bad.child;
+    expect(await bad.exit).toBe(2);
+    expect(bad.stderr()).toMatch(/holds 2 tokens for 3 agents/);
   });
 
   it('refuses bad simulation flags with exit code 2', async () => {

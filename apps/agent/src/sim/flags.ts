@@ -10,6 +10,8 @@ export interface SimulationFlags {
   caDir: string | undefined;
   /** `--sim-stagger-ms MS` (default: the heartbeat interval). */
   staggerMs: number | undefined;
+  /** `--sim-join-tokens FILE`: one join token per line, the k-th for the k-th agent. */
+  joinTokensFile: string | undefined;
 }
 
 const SIM_FLAGS = new Set([
@@ -18,6 +20,7 @@ const SIM_FLAGS = new Set([
   '--sim-first-index',
   '--sim-ca-dir',
   '--sim-stagger-ms',
+  '--sim-join-tokens',
 ]);
 
 /** True when `argv` asks for simulation mode (`--simulate N` or `--simulate=N`). */
@@ -59,6 +62,7 @@ export function splitSimulationFlags(argv: readonly string[]): { flags: Simulati
       firstIndex: int('--sim-first-index', 0),
       caDir: values.get('--sim-ca-dir'),
       staggerMs: int('--sim-stagger-ms', 0),
+      joinTokensFile: values.get('--sim-join-tokens'),
     },
     rest,
   };

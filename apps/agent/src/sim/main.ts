@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-import { realpathSync } from 'node:fs';
+import { readFileSync, realpathSync } from 'node:fs';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { type AgentConfig, loadAgentConfig } from '../config/agent-config.js';
@@ -24,7 +24,9 @@ function isWildcard(host: string): boolean {
  * simulated agents on the fake driver from the same configuration a real agent reads. Per agent:
  * host name `<prefix><i>`, state in `<stateDir>/simulated/<prefix><i>`, HostAgent on
  * `<listen host>:0`. TLS as configured: `tls` files shared by all agents, or `--sim-ca-dir` to
- * issue one certificate per agent; plaintext with `insecureLoopback`. Stops on SIGTERM/SIGINT.
+ * issue one certificate per agent; plaintext with `insecureLoopback`. Join tokens: the configured
+ * `joinToken` for every agent, or `--sim-join-tokens FILE` (one per line, the k-th for agent k) for a
+ * control plane whose tokens are single-use. Stops on SIGTERM/SIGINT.
  */
 export async function runSimulatorCli(
   argv: string[] = process.argv.slice(2),
@@ -32,10 +34,19 @@ export async function runSimulatorCli(
 ): Promise<void> {
   let config: AgentConfig;
   let flags: SimulationFlags;
+  let joinTokens: string[] | undefined;
   try {
     const split = splitSimulationFlags(argv);
     flags = split.flags;
     config = loadAgentConfig(split.rest, env);
+    if (flags.joinTokensFile !== undefined) {
+      if (config.joinToken !== undefined) {
+        throw new Error(
+          'give --join-token (one for every agent) or --sim-join-tokens (one per agent), not both',
+        );
+      }
+      joinTokens = readJoinTokens(flags.joinTokensFile, flags.count);
+    }
   } catch (err) {
     process.stderr.write(`hangar-agent --simulate: ${err instanceof Error ? err.message : String(err)}\n`);
     process.exit(EXIT_BAD_CONFIG);
@@ -87,6 +98,7 @@ export async function runSimulatorCli(
       metricsIntervalMs: config.metricsIntervalMs,
       bufferLimit: config.bufferLimit,
       ...(config.joinToken !== undefined ? { joinToken: config.joinToken } : {}),
+      ...(joinTokens !== undefined ? { joinTokens } : {}),
       ...(flags.prefix !== undefined ? { namePrefix: flags.prefix } : {}),
       ...(flags.firstIndex !== undefined ? { firstIndex: flags.firstIndex } : {}),
       ...(flags.staggerMs !== undefined ? { staggerMs: flags.staggerMs } : {}),
@@ -105,6 +117,20 @@ export async function runSimulatorCli(
     },
     'simulation running',
   );
+}
+
+/** `--sim-join-tokens FILE`: one token per line (blank lines and surrounding spaces ignored), one per agent. */
+function readJoinTokens(file: string, count: number): string[] {
+  const tokens = readFileSync(file, 'utf8')
+    .split('\n')
+    .map((line) => line.trim())
+    .filter((line) => line !== '');
+  if (tokens.length !== count) {
+    throw new Error(
+      `--sim-join-tokens ${file} holds ${tokens.length} tokens for ${count} agents (one per agent)`,
+    );
+  }
+  return tokens;
 }
 
 function isMain(): boolean {

@@ -42,7 +42,15 @@ export interface SimulatorOptions {
   /** Host part of agent_address in Register when it differs from `listenHost`. */
   advertiseHost?: string;
   migrationAddress?: string;
+  /** One join token for every agent (only useful with a gateway that accepts a token more than once). */
   joinToken?: string;
+  /**
+   * One join token per agent: `joinTokens[k]` goes to the k-th agent of this simulator (host
+   * `<prefix><firstIndex + k>`), which presents it on every Register, as a real agent keeps its
+   * configured token. The api's join tokens are single-use, so a fleet joining it needs one each.
+   * Exactly `count` tokens; exclusive with `joinToken`.
+   */
+  joinTokens?: readonly string[];
   heartbeatIntervalMs?: number;
   metricsIntervalMs?: number;
   bufferLimit?: number;
@@ -124,6 +132,16 @@ export class AgentSimulator {
     if (this.state !== 'new') throw new Error(`the simulator cannot start while ${this.state}`);
     if (!Number.isInteger(options.count) || options.count < 1) {
       throw new RangeError(`count must be a positive integer, got ${options.count}`);
+    }
+    if (options.joinTokens !== undefined) {
+      if (options.joinToken !== undefined) {
+        throw new TypeError('give joinToken (one for every agent) or joinTokens (one per agent), not both');
+      }
+      if (options.joinTokens.length !== options.count) {
+        throw new RangeError(
+          `joinTokens must hold one token per agent: ${options.joinTokens.length} tokens for ${options.count} agents`,
+        );
+      }
     }
     this.state = 'starting';
     const logger =
@@ -252,7 +270,8 @@ export class AgentSimulator {
         certs.set(name, await hostCertFor(tls.caDir, name, path.join(options.stateDir, name, 'tls')));
       });
     }
-    return names.map((hostName) => {
+    return names.map((hostName, k) => {
+      const joinToken = options.joinTokens?.[k] ?? options.joinToken;
       const parsed = AgentConfigSchema.safeParse({
         controlPlane: options.controlPlane,
         hostName,
@@ -262,7 +281,7 @@ export class AgentSimulator {
         stateDir: path.join(options.stateDir, hostName),
         pools,
         driver: 'fake',
-        ...(options.joinToken !== undefined ? { joinToken: options.joinToken } : {}),
+        ...(joinToken !== undefined ? { joinToken } : {}),
         ...(options.heartbeatIntervalMs !== undefined
           ? { heartbeatIntervalMs: options.heartbeatIntervalMs }
           : {}),
