@@ -59,6 +59,7 @@ const agentMainJs = path.join(repoRoot, 'apps/agent/dist/main.js');
 const baselineJs = path.join(import.meta.dirname, 'baseline-server.js');
 const loadJs = path.join(import.meta.dirname, 'load.js');
 const countQueriesJs = path.join(import.meta.dirname, 'count-queries.js');
+const whatIfListJs = path.join(import.meta.dirname, 'what-if-list.js');
 const ADMIN_DATABASE_URL = process.env.DATABASE_URL ?? 'postgresql://postgres@127.0.0.1:5432/postgres';
 const REDIS_URL = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
 /** Leftovers of killed runs older than this are removed at start (names carry their creation time). */
@@ -89,6 +90,8 @@ const USAGE = `Usage: node bench/api/dist/api.bench.js [options]
                            their CPU went during the load; a profiled run's figures are not the reported ones
   --count-queries          count the SQL statements of the api and worker processes by kind (a preload
                            patches node-postgres) and report them per request / per create
+  --what-if-list V         an experiment, not Hangar as shipped: the api of part 1 lists with
+                           V = select (findMany with a select) or raw ($queryRaw), see what-if-list.ts
   --logs DIR               copy the logs of the api, worker, simulator and baseline to DIR at the end
   --json                   the whole report as JSON instead of markdown
 `;
@@ -575,6 +578,10 @@ async function instrument(
   if (opts.countQueries) {
     nodeArgs.push(`--import=${pathToFileURL(countQueriesJs).href}`);
     env.BENCH_QUERY_COUNTS_FILE = path.join(ctx.tmp, `queries-${name}.json`);
+  }
+  if (opts.whatIfList !== undefined && name === 'api-get') {
+    nodeArgs.push(`--import=${pathToFileURL(whatIfListJs).href}`);
+    env.BENCH_WHAT_IF_LIST = opts.whatIfList;
   }
   return { nodeArgs, env };
 }
@@ -1552,6 +1559,7 @@ interface Options {
   skipPlacement: boolean;
   cpuProf: boolean;
   countQueries: boolean;
+  whatIfList: 'select' | 'raw' | undefined;
   apiEnv: Record<string, string>;
   logsDir: string | undefined;
   json: boolean;
@@ -1582,6 +1590,7 @@ function parseOptions(argv: string[]): Options | undefined {
       'api-env': { type: 'string', multiple: true, default: [] },
       logs: { type: 'string' },
       'count-queries': { type: 'boolean', default: false },
+      'what-if-list': { type: 'string' },
       json: { type: 'boolean', default: false },
       help: { type: 'boolean', short: 'h', default: false },
     },
@@ -1597,6 +1606,10 @@ function parseOptions(argv: string[]): Options | undefined {
       throw new Error(`--${name} must be an integer ≥ ${min}`);
     return n;
   };
+  const whatIf = values['what-if-list'];
+  if (whatIf !== undefined && whatIf !== 'select' && whatIf !== 'raw') {
+    throw new Error(`--what-if-list takes select or raw, got ${whatIf}`);
+  }
   const apiEnv: Record<string, string> = {};
   for (const kv of values['api-env']) {
     const m = /^(HANGAR_[A-Z0-9_]+)=(.*)$/.exec(kv);
@@ -1622,6 +1635,7 @@ function parseOptions(argv: string[]): Options | undefined {
     skipPlacement: values['skip-placement'],
     cpuProf: values['cpu-prof'],
     countQueries: values['count-queries'],
+    whatIfList: whatIf,
     apiEnv,
     logsDir: values.logs,
     json: values.json,
@@ -1713,6 +1727,9 @@ function markdown(r: Report): string {
     `Load average at start ${r.load.start}, at end ${r.load.end} (1-min max seen during the run: ${r.load.maxDuring}; the bench itself keeps about two cores busy).`,
     `Other processes (not the bench's, PostgreSQL's or Redis's) used ${r.others.avgPct} % of one core on average during the run, ${r.others.maxPct} % in the busiest 2 s${r.others.top.length ? `; most: ${r.others.top.join(', ')}` : ''}.`,
     `Command: \`${r.command}\``,
+    ...(r.command.includes('--what-if-list')
+      ? ['', '**What-if run**: the api of part 1 lists through `bench/api/what-if-list.ts`, not as shipped.']
+      : []),
     '',
   );
   if (r.get) {
