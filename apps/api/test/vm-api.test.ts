@@ -363,6 +363,73 @@ describe('REST /v1/vms and /v1/operations on a cluster with a fake-driver agent'
     expectProblem(await app.client().get('/metrics', { token: null }), 401, 'UNAUTHENTICATED');
   });
 
+  it('lists VMs page by page in (created_at, id) order, ties and filters included', async () => {
+    const gamma = await createProject(app.db, 'gamma');
+    const flavor = await app.db.prisma.flavor.findFirstOrThrow({ where: { name: 'tiny' } });
+    const image = await app.db.prisma.image.findFirstOrThrow({ where: { name: 'hangar-tiny' } });
+    const host = await app.db.prisma.host.findFirstOrThrow();
+    const tiedAt = new Date('2030-01-01T00:00:00.000Z');
+    for (let i = 0; i < 11; i += 1) {
+      await app.db.prisma.vm.create({
+        data: {
+          projectId: gamma.id,
+          name: `page-${i}`,
+          flavorId: flavor.id,
+          imageId: image.id,
+          vcpus: 1,
+          memoryMib: 256,
+          diskGib: 1,
+          observedState: i % 3 === 0 ? 'STOPPED' : 'RUNNING',
+          hostId: i % 2 === 0 ? host.id : null,
+          labels: { i: String(i) },
+          userData: 'x'.repeat(1000),
+          // Seven rows share one created_at: the id breaks the tie at page boundaries.
+          ...(i >= 4 ? { createdAt: tiedAt } : {}),
+          ...(i === 10 ? { deletedAt: new Date() } : {}),
+        },
+      });
+    }
+    async function walk(query: string, pageSize: number): Promise<VmBody[]> {
+      const seen: VmBody[] = [];
+      let token: string | null = null;
+      for (let n = 0; n < 50; n += 1) {
+        const tokenParam = token ? `&page_token=${token}` : '';
+        const res = await app.client(gamma.member).get(`/v1/vms?page_size=${pageSize}${query}${tokenParam}`);
+        expect(res.status).toBe(200);
+        const page = json(res) as { items: VmBody[]; next_page_token: string | null };
+        expect(page.items.length).toBeLessThanOrEqual(pageSize);
+        seen.push(...page.items);
+        token = page.next_page_token;
+        if (token === null) return seen;
+      }
+      throw new Error('too many pages');
+    }
+    const expected = async (where: Record<string, unknown>) =>
+      (
+        await app.db.prisma.vm.findMany({
+          where: { projectId: gamma.id, deletedAt: null, ...where },
+          orderBy: [{ createdAt: 'asc' }, { id: 'asc' }],
+          select: { id: true },
+        })
+      ).map((v) => v.id);
+
+    const all = await walk('', 3);
+    expect(all.map((v) => v.id)).toEqual(await expected({}));
+    expect(all).toHaveLength(10);
+    expect(all[0]).toMatchObject({ name: 'page-0', labels: { i: '0' }, status: 'STOPPED' });
+    expect(all[0]).not.toHaveProperty('user_data');
+    const stopped = await walk('&status=STOPPED', 2);
+    expect(stopped.map((v) => v.id)).toEqual(await expected({ observedState: 'STOPPED' }));
+    expect(stopped.map((v) => v.name).sort()).toEqual(['page-0', 'page-3', 'page-6', 'page-9']);
+    const onHost = await walk(`&host_id=${host.id}`, 2);
+    expect(onHost.map((v) => v.id)).toEqual(await expected({ hostId: host.id }));
+    expect(onHost).toHaveLength(5);
+    expect((await walk('&name=page-7', 5)).map((v) => v.name)).toEqual(['page-7']);
+    // Another project's member never sees gamma's VMs, even when it names the project.
+    const foreign = json(await app.client(beta.member).get(`/v1/vms?project_id=${gamma.id}`));
+    expect(foreign.items).toEqual([]);
+  });
+
   it('answers every exchange as the OpenAPI document says', async () => {
     const checks = await expectExchangesConform(app);
     const documented = new Set(checks.filter((c) => c.operation).map((c) => c.operation));

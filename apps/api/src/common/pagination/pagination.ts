@@ -114,6 +114,11 @@ export function decodePageToken(token: string, scope: unknown): Keyset {
   return { at: new Date(parsed.t), id: parsed.i };
 }
 
+/** Where a page starts: after the position its token names, or at the start without a token. */
+export function pageAfter(page: PageRequest, scope: unknown): Keyset | undefined {
+  return page.page_token === undefined ? undefined : decodePageToken(page.page_token, scope);
+}
+
 /**
  * The Prisma clauses of one page in the stable order (`field`, id): `where` starts after the
  * token's position (merge it with the filters under `AND`), `orderBy` and `take` (one more row than
@@ -128,7 +133,7 @@ export function pageClauses<F extends string>(
   orderBy: [Record<F, 'asc'>, { id: 'asc' }];
   take: number;
 } {
-  const after = page.page_token === undefined ? undefined : decodePageToken(page.page_token, scope);
+  const after = pageAfter(page, scope);
   const where = after
     ? {
         OR: [

@@ -1,5 +1,6 @@
 import { Inject, Injectable, type OnModuleDestroy, type OnModuleInit, Optional } from '@nestjs/common';
 import { PrismaPg } from '@prisma/adapter-pg';
+import pg from 'pg';
 import { PrismaClient } from '../../gen/prisma/client.js';
 
 /** Nest injection token for {@link PrismaServiceOptions}; without it the service reads DATABASE_URL. */
@@ -24,16 +25,22 @@ export interface PrismaServiceOptions {
 export class PrismaService extends PrismaClient implements OnModuleInit, OnModuleDestroy {
   /** The URL this service connects to (for logs and for tools that need their own connection). */
   readonly databaseUrl: string;
+  /**
+   * The node-postgres pool Prisma's adapter runs on, for the few hot read paths where Prisma's
+   * per-value result mapping costs more than the query (the VM list: BENCHMARKS.md "API"). Writes
+   * always go through Prisma. Ended by `$disconnect()`.
+   */
+  readonly pool: pg.Pool;
 
   constructor(@Optional() @Inject(PRISMA_OPTIONS) options?: PrismaServiceOptions | string) {
     const resolved = resolveOptions(options);
-    super({
-      adapter: new PrismaPg({
-        connectionString: resolved.url,
-        max: resolved.poolMax ?? 10,
-        application_name: resolved.applicationName ?? 'hangar-api',
-      }),
+    const pool = new pg.Pool({
+      connectionString: resolved.url,
+      max: resolved.poolMax ?? 10,
+      application_name: resolved.applicationName ?? 'hangar-api',
     });
+    super({ adapter: new PrismaPg(pool, { disposeExternalPool: true }) });
+    this.pool = pool;
     this.databaseUrl = resolved.url;
   }
 

@@ -49,7 +49,7 @@ export function toHostCandidate(row: HostRowLike): HostCandidate {
 }
 
 /** The columns of {@link HostRowLike}, for raw queries. */
-const HOST_COLUMNS = `id::text AS "id", name, state::text AS "state", cordoned, cores, memory_mib AS "memoryMib",
+export const HOST_COLUMNS = `id::text AS "id", name, state::text AS "state", cordoned, cores, memory_mib AS "memoryMib",
     cpu_allocation_ratio AS "cpuAllocationRatio", ram_allocation_ratio AS "ramAllocationRatio",
     used_vcpus AS "usedVcpus", used_memory_mib AS "usedMemoryMib", accelerator,
     cpu_models AS "cpuModels", machine_types AS "machineTypes", pools`;

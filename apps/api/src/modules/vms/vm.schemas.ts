@@ -122,7 +122,7 @@ export const VmConsoleSchema = z
 export type VmConsoleDto = z.infer<typeof VmConsoleSchema>;
 
 /** A VM's representation; its ETag is its version, bumped by the database on every write. */
-export function toVmDto(row: Vm): VmDto {
+export function toVmDto(row: Omit<Vm, 'userData' | 'deletedAt'>): VmDto {
   return {
     id: row.id,
     project_id: row.projectId,

@@ -1,8 +1,8 @@
 import { ACTION_ALLOWED_FROM, isActionAllowed, type VmAction, type VmState } from '@hangar/vmm-core';
 import { Injectable, Logger } from '@nestjs/common';
-import { type Page, type PageRequest, pageClauses, toPage } from '../../common/pagination/pagination.js';
+import { type Page, type PageRequest, pageAfter, toPage } from '../../common/pagination/pagination.js';
 import { DomainError } from '../../errors/domain-error.js';
-import type { Operation, Prisma, Vm, VmDesiredState } from '../../gen/prisma/client.js';
+import type { Operation, Vm, VmDesiredState } from '../../gen/prisma/client.js';
 import { AgentCallError } from '../../infra/agent-client/agent-call.error.js';
 import { AgentClientPool } from '../../infra/agent-client/agent-client.pool.js';
 import { PrismaService } from '../../infra/prisma/prisma.service.js';
@@ -21,6 +21,16 @@ import {
   quotaExceeded,
   vmNameTaken,
 } from './vm.errors.js';
+
+/** A VM as lists show it: every column but the user-data and the deletion time. */
+export type VmSummary = Omit<Vm, 'userData' | 'deletedAt'>;
+
+/** The SELECT list of a {@link VmSummary}, columns aliased to the model's field names. */
+const VM_SUMMARY_COLUMNS = `id, project_id AS "projectId", name, flavor_id AS "flavorId", image_id AS "imageId",
+  host_id AS "hostId", vcpus, memory_mib AS "memoryMib", disk_gib AS "diskGib",
+  desired_state AS "desiredState", observed_state AS "observedState", version, labels,
+  anti_affinity_group AS "antiAffinityGroup", cpu_model AS "cpuModel", machine_type AS "machineType",
+  error_message AS "errorMessage", created_at AS "createdAt", updated_at AS "updatedAt"`;
 
 /** What a client asks for when creating a VM. */
 export interface CreateVmInput {
@@ -302,7 +312,14 @@ export class VmsService {
   }
 
   /** Live VMs in creation order, keyset-paged. */
-  async list(query: ListVmsQuery, page: PageRequest): Promise<Page<Vm>> {
+  /**
+   * A page of live VMs in the stable order (created_at, id). Read with one SQL statement on the
+   * pg pool rather than `vm.findMany`: Prisma's per-value result mapping cost 2.1 ms of CPU per
+   * page of 100 against 0.8 ms for the same query through node-postgres, and made the list reach
+   * only 0.36 of a bare Fastify + pg handler's throughput (BENCHMARKS.md "API"). The columns are
+   * the ones a VM's representation shows (no user-data, up to 64 KiB a row).
+   */
+  async list(query: ListVmsQuery, page: PageRequest): Promise<Page<VmSummary>> {
     const scope = {
       list: 'vms',
       projectId: query.projectId,
@@ -310,19 +327,23 @@ export class VmsService {
       hostId: query.hostId,
       name: query.name,
     };
-    const clauses = pageClauses('createdAt', page, scope);
-    const filters: Prisma.VmWhereInput = {
-      deletedAt: null,
-      ...(query.projectId !== undefined ? { projectId: query.projectId } : {}),
-      ...(query.status !== undefined ? { observedState: query.status } : {}),
-      ...(query.hostId !== undefined ? { hostId: query.hostId } : {}),
-      ...(query.name !== undefined ? { name: query.name } : {}),
+    const after = pageAfter(page, scope);
+    const params: unknown[] = [];
+    const param = (value: unknown, cast: string): string => {
+      params.push(value);
+      return `$${params.length}::${cast}`;
     };
-    const rows = await this.prisma.vm.findMany({
-      where: { AND: [filters, clauses.where] },
-      orderBy: clauses.orderBy,
-      take: clauses.take,
-    });
+    const where = ['deleted_at IS NULL'];
+    if (query.projectId !== undefined) where.push(`project_id = ${param(query.projectId, 'uuid')}`);
+    if (query.status !== undefined) where.push(`observed_state = ${param(query.status, 'vm_state')}`);
+    if (query.hostId !== undefined) where.push(`host_id = ${param(query.hostId, 'uuid')}`);
+    if (query.name !== undefined) where.push(`name = ${param(query.name, 'text')}`);
+    if (after !== undefined) {
+      where.push(`(created_at, id) > (${param(after.at, 'timestamptz')}, ${param(after.id, 'uuid')})`);
+    }
+    const sql = `SELECT ${VM_SUMMARY_COLUMNS} FROM vms WHERE ${where.join(' AND ')}
+      ORDER BY created_at, id LIMIT ${param(page.page_size + 1, 'int')}`;
+    const { rows } = await this.prisma.pool.query<VmSummary>(sql, params);
     return toPage(
       rows,
       page,
