@@ -43,7 +43,11 @@ import { parseArgs, promisify } from 'node:util';
 import { PrismaClient, type Vm } from '@hangar/api/dist/gen/prisma/client.js';
 import { migrate } from '@hangar/api/dist/infra/prisma/migrator.js';
 import { generateApiKey } from '@hangar/api/dist/modules/auth/api-key-secret.js';
-import { toHostCandidate } from '@hangar/api/dist/modules/placement/claim-allocation.js';
+import {
+  HOST_COLUMNS,
+  type HostRowLike,
+  toHostCandidate,
+} from '@hangar/api/dist/modules/placement/claim-allocation.js';
 import { decidePlacement } from '@hangar/api/dist/modules/placement/decide-placement.js';
 import type { HostCandidate, PlacementRequest } from '@hangar/api/dist/modules/placement/placement.types.js';
 import { PrismaPg } from '@prisma/adapter-pg';
@@ -962,10 +966,13 @@ async function layerCosts(ctx: Env, projectId: string, pageSize: number, iterati
     return {
       iterations,
       layers: [
-        await measure('node-postgres: the list query, rows parsed (the baseline)', () =>
+        await measure('node-postgres: the list query, rows parsed (the baseline; the api since ADR 15)', () =>
           pool.query(LIST_VMS_SQL, params),
         ),
-        await measure('Prisma `vm.findMany`: the same SQL and its result mapping (the api)', findPage),
+        await measure(
+          'Prisma `vm.findMany`: the same SQL and its result mapping (the api before ADR 15)',
+          findPage,
+        ),
         await measure(`toVmDto × ${pageSize}`, () => rows.slice(0, pageSize).map(vmDto), iterations * 5),
         await measure('JSON.stringify of the page', () => JSON.stringify(page), iterations * 5),
       ],
@@ -1413,7 +1420,7 @@ interface PlacementResult {
   /** decidePlacement with maxCandidates = every host (PlacementService's last attempt). */
   decideAllCandidates: Stats;
   pass: boolean;
-  dbRead?: { hosts: number; reads: number; findMany: Stats; toCandidates: Stats };
+  dbRead?: { hosts: number; reads: number; nodePg: Stats; findMany: Stats; toCandidates: Stats };
 }
 
 function partPlacement(opts: Options): PlacementResult {
@@ -1479,7 +1486,11 @@ function partPlacement(opts: Options): PlacementResult {
   };
 }
 
-/** What PlacementService pays before deciding: every host row through Prisma, then toHostCandidate. */
+/**
+ * What PlacementService pays before deciding: every host row through node-postgres (`HOST_COLUMNS`,
+ * as it reads them since ADR 15), then toHostCandidate; and, for comparison, through Prisma's
+ * findMany as it read them before.
+ */
 async function placementDbRead(
   ctx: Env,
   db: pg.Client,
@@ -1519,19 +1530,30 @@ async function placementDbRead(
           pools: true,
         },
       });
-    for (let i = 0; i < 3; i++) await read();
-    const f: number[] = [];
-    const m: number[] = [];
-    for (let i = 0; i < reads; i++) {
-      const t0 = performance.now();
-      const rows = await read();
-      const t1 = performance.now();
-      const candidates = rows.map(toHostCandidate);
-      m.push(performance.now() - t1);
-      f.push(t1 - t0);
-      if (candidates.length !== count) throw new Error(`read ${candidates.length} hosts, expected ${count}`);
+    const pool = new pg.Pool({ connectionString: ctx.dbUrl, max: 2 });
+    const readRaw = async () => (await pool.query<HostRowLike>(`SELECT ${HOST_COLUMNS} FROM hosts`)).rows;
+    try {
+      for (let i = 0; i < 3; i++) await Promise.all([read(), readRaw()]);
+      const f: number[] = [];
+      const r: number[] = [];
+      const m: number[] = [];
+      for (let i = 0; i < reads; i++) {
+        const t0 = performance.now();
+        await read();
+        const t1 = performance.now();
+        const rows = await readRaw();
+        const t2 = performance.now();
+        const candidates = rows.map(toHostCandidate);
+        m.push(performance.now() - t2);
+        f.push(t1 - t0);
+        r.push(t2 - t1);
+        if (candidates.length !== count)
+          throw new Error(`read ${candidates.length} hosts, expected ${count}`);
+      }
+      return { hosts: count, reads, nodePg: stats(r), findMany: stats(f), toCandidates: stats(m) };
+    } finally {
+      await pool.end();
     }
-    return { hosts: count, reads, findMany: stats(f), toCandidates: stats(m) };
   } finally {
     await prisma.$disconnect();
   }
@@ -1831,7 +1853,7 @@ function markdown(r: Report): string {
     );
     if (p.dbRead) {
       out.push(
-        `- Informational: reading ${p.dbRead.hosts} host rows as PlacementService does (Prisma findMany, 14 columns): p50 ${round1(p.dbRead.findMany.p50)} ms, p99 ${round1(p.dbRead.findMany.p99)} ms; toHostCandidate over them p50 ${round2(p.dbRead.toCandidates.p50)} ms (${p.dbRead.reads} reads).`,
+        `- Informational: reading ${p.dbRead.hosts} host rows as PlacementService does (node-postgres, 14 columns): p50 ${round1(p.dbRead.nodePg.p50)} ms, p99 ${round1(p.dbRead.nodePg.p99)} ms; through Prisma findMany as before ADR 15: p50 ${round1(p.dbRead.findMany.p50)} ms, p99 ${round1(p.dbRead.findMany.p99)} ms; toHostCandidate over them p50 ${round2(p.dbRead.toCandidates.p50)} ms (${p.dbRead.reads} reads).`,
       );
     }
     out.push('');
