@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # Stops what scripts/up.sh (scripts/demo.sh) started under $HANGAR_DATA_DIR/cluster/, by the
-# pids it recorded: first the local agent's guests through the api (graceful, then forced; they
-# stay STOPPED until started again), then the agent, the worker and the api, then the local
+# pids it recorded: first the agents' guests through the api (graceful, then forced; they stay
+# STOPPED until started again), then the agents, the worker and the api, then the local
 # PostgreSQL and Redis that scripts/services.sh started under the data folder (never servers it
-# only used). Data stays on disk; scripts/up.sh brings it all back. See docs/adr/0040.
+# only used). A multi-host cluster (up.sh --hosts N) also loses its hosts: guests the api could
+# not stop are killed by their pid files, and the namespaces, veths and bridge up.sh made are
+# removed — also after an up that failed or was killed. Data stays on disk; scripts/up.sh brings
+# it all back. See docs/adr/0040 and 0044.
 #
 #   bash scripts/down.sh [--keep-guests] [--keep-services]
 #
-# --keep-guests leaves guests running (the next up re-adopts them); --keep-services leaves the
-# local PostgreSQL and Redis running.
+# --keep-guests leaves guests running (and a multi-host cluster's namespaces: the next up
+# re-adopts them); --keep-services leaves the local PostgreSQL and Redis running.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$HANGAR_ROOT"

@@ -1,17 +1,25 @@
 #!/usr/bin/env bash
 # Hangar's main job (the README runs it as scripts/demo.sh): brings up a working single-host
-# cluster from a fresh clone. Installs what is missing (Debian packages when root, npm deps),
-# builds everything and the guest image, gets PostgreSQL and Redis (scripts/services.sh: the ones
-# at DATABASE_URL / REDIS_URL when they answer, else local ones under the data folder), applies
-# the migrations, starts the api, a worker and one local agent in the background (pid files and
-# logs under $HANGAR_DATA_DIR/cluster/), creates the default project, an admin API key (printed
-# once), the flavors and the default image, boots a demo VM through the api, and prints the URL,
-# the key and the curl lines that create a VM. Run it again at any time: what runs is reused
-# (or restarted when its build or configuration changed). scripts/down.sh stops it all.
+# cluster (or N hosts with --hosts N, see below) from a fresh clone. Installs what is missing
+# (Debian packages when root, npm deps), builds everything and the guest image, gets PostgreSQL
+# and Redis (scripts/services.sh: the ones at DATABASE_URL / REDIS_URL when they answer, else
+# local ones under the data folder), applies the migrations, starts the api, a worker and one
+# local agent in the background (pid files and logs under $HANGAR_DATA_DIR/cluster/), creates
+# the default project, an admin API key (printed once), the flavors and the default image, boots
+# a demo VM through the api, and prints the URL, the key and the curl lines that create a VM.
+# Run it again at any time: what runs is reused (or restarted when its build or configuration
+# changed). scripts/down.sh stops it all.
 #
-#   bash scripts/up.sh [--http-port N] [--grpc-port N] [--agent-port N] [--new-admin-key]
-#                      [--no-demo] [--hosts 1]
+#   bash scripts/up.sh [--hosts N] [--http-port N] [--grpc-port N] [--agent-port N]
+#                      [--new-admin-key] [--no-demo]
 #   bash scripts/up.sh --vm-only     the first demo: one guest through vmm-core only, no cluster
+#
+# --hosts N (2 to 32, root only) makes N hosts on this machine: one network namespace per host
+# (host1 … hostN at 10.231.X.11 …, X chosen among the subnets nothing here uses), joined by veth
+# pairs to a bridge in the root namespace that holds the api's gRPC address 10.231.X.1; one agent
+# runs inside each namespace (its guests' bridge and taps too), with mTLS to the api and worker,
+# and every host shares the storage folder $HANGAR_DATA_DIR/cluster/pools/shared. down.sh removes
+# the namespaces, veths and bridge again. To change N, run down.sh first. See docs/adr/0044.
 #
 # Ports default to 8080 (HTTP), 7440 (AgentGateway) and 7443 (agent), or the ones the last run
 # used, or free ones when those are taken; HANGAR_HTTP_PORT / HANGAR_GRPC_PORT work too.
@@ -41,7 +49,14 @@ while [ $# -gt 0 ]; do
   shift
 done
 [[ "$hosts" =~ ^[0-9]+$ ]] || die "--hosts needs a number"
-[ "$hosts" -eq 1 ] || die "multi-host set-ups are not implemented yet: only --hosts 1 works"
+[ "$hosts" -ge 1 ] && [ "$hosts" -le 32 ] || die "--hosts: a number from 1 to 32"
+if [ "$hosts" -gt 1 ]; then
+  [ "$vm_only" = no ] || die "--vm-only boots one guest without a cluster: it takes no --hosts"
+  [ "$(id -u)" -eq 0 ] || die "--hosts $hosts needs root: it creates network namespaces, veths and a bridge"
+  # The cluster's CA and certificates (scripts/gen-certs.sh makes them the same way).
+  ensure_apt_packages openssl:openssl
+  pass+=(--hosts "$hosts")
+fi
 
 ensure_host_tools
 # curl only runs the lines the summary asks to paste: not worth failing the set-up for.

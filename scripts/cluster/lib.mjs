@@ -1,10 +1,12 @@
-// Shared helpers of the single-host cluster scripts (scripts/up.sh → up.mjs, scripts/down.sh →
-// down.mjs): where things live under $HANGAR_DATA_DIR/cluster/, the state file, the processes
-// they start (pid files, identity checks, stopping by pid), the database and the REST api.
+// Shared helpers of the cluster scripts (scripts/up.sh → up.mjs, scripts/down.sh → down.mjs,
+// hosts.mjs for the multi-host network): where things live under $HANGAR_DATA_DIR/cluster/, the
+// state file, the processes they start (pid files, identity checks, stopping by pid), the
+// database and the REST api.
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { chmod, mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import os from 'node:os';
 import path from 'node:path';
 
 /** The repository's root folder. */
@@ -27,14 +29,49 @@ export const paths = {
   agentState: path.join(clusterDir, 'state'),
   sharedPool: path.join(clusterDir, 'pools', 'shared'),
   imageDir: path.join(dataDir, 'images', 'hangar-tiny'),
+  /** The multi-host network (hosts.mjs): tag, subnet, namespaces, addresses. */
+  fabric: path.join(clusterDir, 'fabric.json'),
+  /** The multi-host cluster's CA and certificates (pki.mjs). */
+  pki: path.join(clusterDir, 'pki'),
+  /**
+   * One host of a multi-host cluster: its agent configuration (`agent.json`, mode 0600), desired
+   * state and, when the path is short enough, its runtime folder.
+   * @param {string} name
+   */
+  hostDir: (name) => path.join(clusterDir, 'hosts', name),
   /** @param {string} role */
   pidFile: (role) => path.join(clusterDir, `${role}.pid`),
   /** @param {string} role */
   log: (role) => path.join(clusterDir, 'logs', `${role}.log`),
 };
 
+/** Linux's limit for unix socket paths; vmm-core puts `console.sock` in `<runtime>/vms/<uuid>/`. */
+export const MAX_SOCKET_PATH = 107;
+
+/** Whether QEMU's socket paths fit under the runtime folder `dir`. */
+export function socketPathsFit(dir) {
+  return path.join(dir, 'vms', '0'.repeat(36), 'console.sock').length <= MAX_SOCKET_PATH;
+}
+
+/**
+ * The runtime folder of one host of a multi-host cluster: inside its host folder, or in the temp
+ * folder when QEMU's socket paths would be too long there. Derived from the names only, so
+ * down.mjs finds it without any record.
+ */
+export function hostRuntimeDir(name) {
+  const inside = path.join(paths.hostDir(name), 'run');
+  if (socketPathsFit(inside)) return inside;
+  return path.join(os.tmpdir(), `hangar-run-${digest(clusterDir).slice(0, 8)}-${name}`);
+}
+
 /** The processes of a single-host cluster, in start order. */
 export const ROLES = /** @type {const} */ (['api', 'worker', 'agent']);
+
+/** The role of one host's agent in a multi-host cluster (pid file `agent-<host>.pid`). */
+export const agentRole = (hostName) => `agent-${hostName}`;
+
+/** Whether `role` is an agent: `agent` (single host) or `agent-<host>`. */
+export const isAgentRole = (role) => role === 'agent' || role.startsWith('agent-');
 
 /** The entry point each role runs (api and worker are the same program with another HANGAR_ROLE). */
 export const ENTRY_POINTS = {
@@ -42,6 +79,18 @@ export const ENTRY_POINTS = {
   worker: path.join(repoRoot, 'apps/api/dist/main.js'),
   agent: path.join(repoRoot, 'apps/agent/dist/main.js'),
 };
+
+/** The entry point `role` runs (`agent-<host>` roles run the agent). */
+export function entryPointOf(role) {
+  return isAgentRole(role) ? ENTRY_POINTS.agent : ENTRY_POINTS[role];
+}
+
+/**
+ * Every process the scripts start carries `HANGAR_CLUSTER_DIR=<cluster folder>` in its environment
+ * (the programs ignore it). A process started by a run that was killed before it recorded the pid
+ * is still found by it, and only processes of this very cluster ever are.
+ */
+export const CLUSTER_MARK = 'HANGAR_CLUSTER_DIR';
 
 /** Name of the short-lived admin keys the scripts use to drive the api (revoked after each run). */
 export const SETUP_KEY_NAME = 'hangar-setup';
@@ -68,6 +117,7 @@ export function shown(file) {
  *   databaseUrl?: string, redisUrl?: string, redisPrefix?: string,
  *   httpPort?: number, grpcPort?: number, agentPort?: number,
  *   url?: string, hostName?: string, runtimeDir?: string,
+ *   hostCount?: number,
  *   processes: Record<string, ProcessRecord | undefined>,
  * }} ClusterState
  */
@@ -132,7 +182,38 @@ export function isRunning(role, record) {
   if (!record || !Number.isInteger(record.pid) || record.pid <= 0) return false;
   const startTime = procStartTime(record.pid);
   if (startTime === undefined || startTime !== record.startTime) return false;
-  return procArgv(record.pid).includes(ENTRY_POINTS[role]);
+  return procArgv(record.pid).includes(entryPointOf(role));
+}
+
+/**
+ * Live processes of the cluster in `dir` that run one of the scripts' entry points (api, worker,
+ * agent), found by {@link CLUSTER_MARK} in their environment whether or not a pid was recorded.
+ * QEMU guests inherit the mark from their agent but are never listed here.
+ * @returns {{ pid: number, startTime: string, entryPoint: string }[]}
+ */
+export function markedProcesses(dir) {
+  const mark = Buffer.from(`${CLUSTER_MARK}=${dir}\0`);
+  const entryPoints = new Set(Object.values(ENTRY_POINTS));
+  const found = [];
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    const pid = Number(entry);
+    if (pid === process.pid) continue;
+    const entryPoint = procArgv(pid).find((arg) => entryPoints.has(arg));
+    if (entryPoint === undefined) continue;
+    let environ;
+    try {
+      environ = readFileSync(`/proc/${pid}/environ`);
+    } catch {
+      continue;
+    }
+    // Each variable ends with a NUL; the first one has nothing before it.
+    const at = environ.indexOf(mark);
+    if (at < 0 || (at > 0 && environ[at - 1] !== 0)) continue;
+    const startTime = procStartTime(pid);
+    if (startTime !== undefined) found.push({ pid, startTime, entryPoint });
+  }
+  return found;
 }
 
 /**
@@ -224,10 +305,9 @@ export function digest(value) {
  * that changed its code is restarted, and one whose code is unchanged is reused.
  */
 export function buildId(role) {
-  const workspaces =
-    role === 'agent'
-      ? ['packages/vmm-core', 'packages/proto', 'apps/agent']
-      : ['packages/vmm-core', 'packages/proto', 'apps/api'];
+  const workspaces = isAgentRole(role)
+    ? ['packages/vmm-core', 'packages/proto', 'apps/agent']
+    : ['packages/vmm-core', 'packages/proto', 'apps/api'];
   const hash = createHash('sha256');
   for (const workspace of workspaces) {
     const file = path.join(repoRoot, workspace, 'dist', '.tsbuildinfo');
